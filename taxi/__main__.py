@@ -1,0 +1,3 @@
+from taxi.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Authentication: from a token to an active user.
+
+`Authenticator.authenticate` has three outcomes, kept apart on purpose: it returns the
+user and the token's claims, raises `AuthenticationFailed` (bad credentials; the reason
+is for the log), or raises `DatabaseUnavailable` (the credentials could not be checked).
+The socket handshake and the refresh endpoint both use it.
+"""
+
+import asyncio
+
+from taxi import tokens
+from taxi.database import DatabaseUnavailable
+from taxi.users import User, UserStore
+
+# The socket handshake must be answered 503 within 3 seconds when MongoDB is down, and
+# the driver's own timeouts only cover server selection, so the lookup has its own.
+USER_LOOKUP_TIMEOUT = 2.5
+
+
+class AuthenticationFailed(Exception):
+    """The token does not identify an active user; `reason` is for the log only."""
+
+    def __init__(self, reason: str, user_id: str | None = None, jti: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.user_id = user_id
+        self.jti = jti
+
+
+class Authenticator:
+    def __init__(self, users: UserStore, secret_key: str, leeway: int):
+        self.users = users
+        self.secret_key = secret_key
+        self.leeway = leeway
+
+    def decode(self, token: object, token_type: str) -> tokens.Claims:
+        """Check the token alone, without the database; raises `AuthenticationFailed`."""
+        try:
+            return tokens.decode(token, self.secret_key, token_type, self.leeway)
+        except tokens.InvalidToken as error:
+            raise AuthenticationFailed(error.reason, error.user_id, error.jti) from None
+
+    async def authenticate(self, token: object, token_type: str = tokens.ACCESS) -> tuple[User, tokens.Claims]:
+        """Return the active user named by a valid `token_type` token, and its claims."""
+        claims = self.decode(token, token_type)
+        user = await self.load_user(claims.user_id)
+        if user is None:
+            raise AuthenticationFailed("user does not exist", claims.user_id, claims.jti)
+        if not user.is_active:
+            raise AuthenticationFailed("user is inactive", claims.user_id, claims.jti)
+        return user, claims
+
+    async def load_user(self, user_id: str) -> User | None:
+        try:
+            return await asyncio.wait_for(self.users.get(user_id), USER_LOOKUP_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise DatabaseUnavailable(f"user lookup timed out after {USER_LOOKUP_TIMEOUT} s") from None
