@@ -1,0 +1,34 @@
+# Development tasks. `run` and `test` create .venv on first use, and install
+# requirements.txt into it again when that file changes.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+# Arguments for server.py in `make run`, e.g. ARGS="--port 8001".
+ARGS ?=
+# Arguments for pytest in `make test`, e.g. PYTEST_ARGS="-x tests/test_auth.py".
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test devdb clean
+
+help: ## List the targets
+	@awk -F ':.*## ' '/^[a-z]+:.*## / { printf "  make %-6s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.txt
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed ## Start server.py, and a development database unless MONGODB_URI is set
+	$(VENV_PYTHON) scripts/devdb.py run -- $(VENV_PYTHON) server.py $(ARGS)
+
+# The tests start their own throwaway database unless TAXI_TEST_MONGODB_URI names one.
+test: $(VENV)/.installed ## Run the test suite
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+devdb: ## Find mongod or FerretDB, building FerretDB into var/bin if needed
+	$(PYTHON) scripts/devdb.py build
+
+clean: ## Remove .venv
+	rm -rf $(VENV)
