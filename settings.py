@@ -8,6 +8,7 @@ variable and the form it expects.
 
 import dataclasses
 import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -36,7 +37,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     mongodb_uri: str = "mongodb://127.0.0.1:27017/taxi"
-    secret_key: str = ""
+    # Kept out of repr() so that logging the settings cannot print the key.
+    secret_key: str = dataclasses.field(default="", repr=False)
     # True when the key came from the development key file, not from SECRET_KEY.
     secret_key_generated: bool = False
     access_token_lifetime: int = 300
@@ -48,6 +50,16 @@ class Settings:
     allowed_origins: tuple[str, ...] | None = None
     max_message_size: int = 65536
     max_send_backlog: int = 1048576
+    # Token bucket per socket: refills at max_messages_per_second (0 turns the limit
+    # off) and holds at most message_burst messages.
+    max_messages_per_second: float = 20.0
+    message_burst: int = 40
+    # Per process; 0 turns the limit off.
+    max_sockets_per_user: int = 10
+    # Seconds. A ping_interval of 0 turns pings off; a ping_timeout of 0 keeps the
+    # pings but never closes for a missing pong. PING_TIMEOUT defaults to PING_INTERVAL.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     log_level: str = "info"
 
     @property
@@ -76,6 +88,11 @@ def load(environ=None, secret_key_file: Path = SECRET_KEY_FILE) -> Settings:
     values["allowed_origins"] = _origins(environ, "ALLOWED_ORIGINS")
     values["max_message_size"] = _integer(environ, "MAX_MESSAGE_SIZE", 65536, minimum=1)
     values["max_send_backlog"] = _integer(environ, "MAX_SEND_BACKLOG", 1048576, minimum=1)
+    values["max_messages_per_second"] = _number(environ, "MAX_MESSAGES_PER_SECOND", 20.0)
+    values["message_burst"] = _integer(environ, "MESSAGE_BURST", 40, minimum=1)
+    values["max_sockets_per_user"] = _integer(environ, "MAX_SOCKETS_PER_USER", 10, minimum=0)
+    values["ping_interval"] = _number(environ, "PING_INTERVAL", 20.0)
+    values["ping_timeout"] = _ping_timeout(environ, "PING_TIMEOUT", values["ping_interval"])
     values["log_level"] = _choice(environ, "LOG_LEVEL", "info", LOG_LEVELS)
 
     secret_key = _optional_text(environ, "SECRET_KEY")
@@ -142,6 +159,31 @@ def _integer(environ, name, default, minimum):
     if number < minimum:
         raise SettingsError(name, f"a whole number of at least {minimum}", value)
     return number
+
+
+def _number(environ, name, default):
+    """Parse a non-negative decimal number, such as a rate or a number of seconds."""
+    value = _raw(environ, name)
+    if value is None:
+        return default
+    expected = "a number of at least 0, such as 20 or 0.5"
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(name, expected, value) from None
+    # float() also accepts "nan" and "inf", which no rate or interval can use.
+    if not math.isfinite(number) or number < 0:
+        raise SettingsError(name, expected, value)
+    return number
+
+
+def _ping_timeout(environ, name, ping_interval):
+    timeout = _number(environ, name, ping_interval)
+    if timeout > ping_interval:
+        # Tornado would cut a longer timeout down to the interval with only a warning.
+        raise SettingsError(name, f"a number of seconds no larger than PING_INTERVAL ({ping_interval:g})",
+                            _raw(environ, name))
+    return timeout
 
 
 def _port(environ, name, default):

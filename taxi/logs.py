@@ -7,13 +7,12 @@ browsers send the access token as `?token=...`, so every handler logs requests t
 
 import logging
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 access_log = logging.getLogger("taxi.access")
 
 MASK = "********"
 SECRET_PARAMETERS = frozenset({"token", "access", "refresh", "password", "api_key"})
-_SECRET_IN_QUERY = re.compile(r"(?i)((?:^|[&;])(?:%s)=)[^&;]*" % "|".join(SECRET_PARAMETERS))
 
 
 def configure(level: str) -> None:
@@ -24,20 +23,21 @@ def configure(level: str) -> None:
 
 
 def mask_uri(uri: str) -> str:
-    """Return `uri` with the values of secret query parameters replaced by a mask."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if not parts.query:
+    """Return `uri` with the values of secret query parameters replaced by a mask.
+
+    Names are compared after percent-decoding, as the server reads them, so
+    `?t%6Fken=...` is masked too; both `&` and `;` count as separators, so nothing
+    that any parser might read as a token is left in the clear.
+    """
+    path, separator, query = uri.partition("?")
+    if not separator:
         return uri
-    try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        # A query that does not parse is masked by pattern, so odd input cannot slip a token through.
-        return urlunsplit(parts._replace(query=_SECRET_IN_QUERY.sub(r"\1" + MASK, parts.query)))
-    masked = [(name, MASK if name.lower() in SECRET_PARAMETERS else value) for name, value in pairs]
-    return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
+    pieces = re.split(r"([&;])", query)
+    for index in range(0, len(pieces), 2):
+        name, equals, _ = pieces[index].partition("=")
+        if equals and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            pieces[index] = f"{name}={MASK}"
+    return f"{path}?{''.join(pieces)}"
 
 
 def request_summary(request) -> str:

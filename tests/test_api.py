@@ -1,13 +1,18 @@
 """The HTTP API: sign up, log in, refresh, health and readiness."""
 
 import asyncio
+import json
 import time
 
 import pytest
 import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
 
-from conftest import PASSWORD, SECRET_KEY, create_user, post_json
+import settings as settings_module
+from conftest import PASSWORD, SECRET_KEY, create_user, devdb, post_json
 from taxi import tokens
+from taxi.app import create_services, make_app
 
 SIGN_UP = {
     "username": "rider.one@example.com",
@@ -22,8 +27,6 @@ SIGN_UP = {
 async def get(base_url, path):
     client = tornado.httpclient.AsyncHTTPClient()
     response = await client.fetch(base_url + path, raise_error=False)
-    import json
-
     return response.code, json.loads(response.body)
 
 
@@ -241,3 +244,23 @@ async def test_healthz(base_url):
 
 async def test_readyz_when_database_answers(base_url):
     assert await get(base_url, "/readyz") == (200, {"mongodb": "ok", "redis": "disabled"})
+
+
+async def test_readyz_when_database_is_down(tmp_path, environment):
+    """Readiness follows a database this test starts and then stops."""
+    database = devdb.DatabaseServer(tmp_path / "db", devdb.free_port())
+    database.start()
+    environment["MONGODB_URI"] = database.uri("taxi")
+    services = create_services(settings_module.load(environment, secret_key_file=tmp_path / "key"))
+    server = tornado.httpserver.HTTPServer(make_app(services))
+    listener, port = tornado.testing.bind_unused_port()
+    server.add_socket(listener)
+    try:
+        assert await get(f"http://127.0.0.1:{port}", "/readyz") == (200, {"mongodb": "ok", "redis": "disabled"})
+        database.stop()
+        assert await get(f"http://127.0.0.1:{port}", "/readyz") == (503, {"mongodb": "down", "redis": "disabled"})
+        assert await get(f"http://127.0.0.1:{port}", "/healthz") == (200, {"status": "ok"})
+    finally:
+        database.stop()
+        server.stop()
+        await services.close()

@@ -7,10 +7,15 @@ import time
 
 import jwt
 import pytest
+import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
 
+import settings as settings_module
 from conftest import (
     SECRET_KEY,
     connect,
+    devdb,
     create_user,
     handshake_status,
     receive_json,
@@ -19,6 +24,7 @@ from conftest import (
     wait_closed,
 )
 from taxi import tokens
+from taxi.app import create_services, make_app
 
 # The tutorial's four socket tests, ported.
 
@@ -124,8 +130,6 @@ async def test_inactive_user_is_rejected_with_401(services, port):
 
 
 async def test_rejection_body_says_what_was_wrong(services, base_url):
-    import tornado.httpclient
-
     client = tornado.httpclient.AsyncHTTPClient()
     response = await client.fetch(f"{base_url}/taxi/", raise_error=False)
     assert response.code == 401
@@ -133,13 +137,6 @@ async def test_rejection_body_says_what_was_wrong(services, base_url):
 
 
 async def test_database_down_gives_503_within_3_seconds(environment, tmp_path, io_loop):
-    from conftest import devdb
-    from taxi.app import create_services, make_app
-
-    import settings as settings_module
-    import tornado.httpserver
-    import tornado.testing
-
     environment["MONGODB_URI"] = f"mongodb://127.0.0.1:{devdb.free_port()}/taxi"
     services = create_services(settings_module.load(environment, secret_key_file=tmp_path / "key"))
     server = tornado.httpserver.HTTPServer(make_app(services))
