@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import getpass
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 import settings as settings_module
 from taxi import database, passwords, tokens
@@ -58,9 +59,17 @@ def main(argv=None) -> int:
         print(f"taxi: {error}", file=sys.stderr)
         return 1
     except DatabaseUnavailable:
-        print(f"taxi: MongoDB at {settings.mongodb_uri} is not answering; is it running?", file=sys.stderr)
+        print(f"taxi: MongoDB at {redact_uri(settings.mongodb_uri)} is not responding; is it running "
+              "and is MONGODB_URI right?", file=sys.stderr)
         return 1
     return 0
+
+
+def redact_uri(uri: str) -> str:
+    """Return `uri` without its user name and password, for messages."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def read_password() -> str:

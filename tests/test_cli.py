@@ -128,8 +128,9 @@ def test_unreachable_database_is_a_clear_error(taxi_command, environment):
     sys.path.insert(0, str(ROOT / "scripts"))
     import devdb
 
-    environment["MONGODB_URI"] = f"mongodb://127.0.0.1:{devdb.free_port()}/taxi"
+    environment["MONGODB_URI"] = f"mongodb://operator:s3cret-pass@127.0.0.1:{devdb.free_port()}/taxi"
     result = taxi_command("token", "anyone@example.com")
     assert result.returncode == 1
-    assert "not answering" in result.stderr
+    assert "not responding" in result.stderr
+    assert "s3cret-pass" not in result.stderr
     assert "Traceback" not in result.stderr
