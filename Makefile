@@ -6,6 +6,9 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 # Arguments for server.py in `make run`, e.g. ARGS="--port 8001".
 ARGS ?=
+# `make run PROCESSES=4`: Redis, the database and 4 server processes under supervisord
+# (scripts/stack.py). Unset: one process, without Redis.
+PROCESSES ?=
 # Arguments for pytest in `make test`, e.g. PYTEST_ARGS="-x tests/test_auth.py".
 PYTEST_ARGS ?=
 
@@ -21,7 +24,11 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 run: $(VENV)/.installed ## Start server.py, and a development database unless MONGODB_URI is set
+ifeq ($(strip $(PROCESSES)),)
 	$(VENV_PYTHON) scripts/devdb.py run -- $(VENV_PYTHON) server.py $(ARGS)
+else
+	$(VENV_PYTHON) scripts/stack.py run --processes $(PROCESSES)
+endif
 
 # The tests start their own throwaway database unless TAXI_TEST_MONGODB_URI names one.
 test: $(VENV)/.installed ## Run the test suite

@@ -14,6 +14,7 @@ import tornado.httpserver
 import settings as settings_module
 from taxi import logs
 from taxi.app import Services, create_services, make_app, prepare_database
+from taxi.database import DatabaseUnavailable
 
 logger = logging.getLogger("taxi.server")
 
@@ -22,6 +23,11 @@ CLOSE_GOING_AWAY = 1001
 # Seconds to wait for clients to answer close frames; the whole shutdown must fit in
 # supervisord's default stop window of 10 seconds.
 SOCKET_CLOSE_WAIT = 5.0
+MIN_API_KEY_LENGTH = 16
+
+
+class ListenError(Exception):
+    """The server could not open its listening socket (address in use, unknown host, ...)."""
 
 
 def parse_arguments(argv):
@@ -46,9 +52,16 @@ def main(argv=None) -> int:
     if settings.secret_key_generated:
         logger.warning("SECRET_KEY is not set: using the development key in %s. "
                        "Production must set SECRET_KEY.", settings_module.SECRET_KEY_FILE)
+    if settings.api_key is not None and len(settings.api_key) < MIN_API_KEY_LENGTH:
+        logger.warning("API_KEY is shorter than %d characters; anyone who guesses it can send to any group",
+                       MIN_API_KEY_LENGTH)
     host = arguments.host or settings.host
     port = arguments.port or settings.port
-    asyncio.run(serve(settings, host, port))
+    try:
+        asyncio.run(serve(settings, host, port))
+    except ListenError as error:
+        print(f"taxi: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -61,7 +74,11 @@ async def serve(settings, host: str, port: int) -> None:
         # client from streaming without end.
         max_body_size=max(4 * settings.max_message_size, 1024 * 1024),
     )
-    server.listen(port, host)
+    try:
+        server.listen(port, host)
+    except OSError as error:
+        await services.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     logger.info("Listening on http://%s:%s/ (database %s)", host, port, settings.database_name)
 
     stop = asyncio.Event()
@@ -78,13 +95,29 @@ async def serve(settings, host: str, port: int) -> None:
 
 
 async def create_indexes_until_done(services: Services) -> None:
-    while not await prepare_database(services):
-        await asyncio.sleep(INDEX_RETRY_INTERVAL)
+    """Create the indexes, retrying while MongoDB is down; logs the outage once, not every retry."""
+    failures = 0
+    while True:
+        try:
+            await prepare_database(services)
+        except DatabaseUnavailable as error:
+            failures += 1
+            if failures == 1:
+                logger.error("MongoDB is not responding; the username index will be created once it is "
+                             "(retrying every %.0f s): %s", INDEX_RETRY_INTERVAL, error)
+            await asyncio.sleep(INDEX_RETRY_INTERVAL)
+            continue
+        if failures:
+            logger.info("MongoDB is responding again; the username index is in place")
+        return
 
 
 async def shutdown(server: tornado.httpserver.HTTPServer, services: Services) -> None:
     """Close every socket with 1001, give clients a moment to answer, then release the services."""
     sockets = tuple(services.sockets)
+    # Read by scripts/soak.py: after every client has left, both counts must be 0.
+    logger.info("Group map at shutdown: %d groups, %d open sockets; counters since start: %s",
+                len(services.groups.group_names()), len(sockets), dict(services.counters))
     logger.info("Closing %d open sockets with code 1001", len(sockets))
     for socket in sockets:
         socket.close(CLOSE_GOING_AWAY, "server is shutting down")

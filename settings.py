@@ -51,7 +51,7 @@ class Settings:
     max_message_size: int = 65536
     max_send_backlog: int = 1048576
     # Token bucket per socket: refills at max_messages_per_second (0 turns the limit
-    # off) and holds at most message_burst messages.
+    # off) and contains at most message_burst messages.
     max_messages_per_second: float = 20.0
     message_burst: int = 40
     # Per process; 0 turns the limit off.

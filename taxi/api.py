@@ -177,7 +177,7 @@ class GroupSendHandler(ApiHandler):
             # Without a key the endpoint does not exist, rather than being open to anyone.
             raise ClientError(404, "Not found.")
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Api-Key" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+        if scheme.lower() != "api-key" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             logger.warning("Group send rejected (401) from %s: missing or wrong API key", self.request.remote_ip)
             raise ClientError(401, "Missing or wrong API key: send 'Authorization: Api-Key <API_KEY>'.")
         super().prepare()
@@ -197,6 +197,10 @@ class HealthHandler(TaxiHandlerMixin, tornado.web.RequestHandler):
     def get(self):
         self.write_json({"status": "ok"})
 
+    def head(self):
+        # Load balancers often probe with HEAD; Tornado leaves the body out by itself.
+        self.get()
+
 
 class ReadyHandler(TaxiHandlerMixin, tornado.web.RequestHandler):
     def initialize(self, services):
@@ -211,7 +215,7 @@ class ReadyHandler(TaxiHandlerMixin, tornado.web.RequestHandler):
         try:
             await asyncio.wait_for(self.services.users.ping(), READY_CHECK_TIMEOUT)
         except (DatabaseUnavailable, asyncio.TimeoutError) as error:
-            logger.warning("Readiness check: MongoDB is down: %s", error or "timed out")
+            logger.warning("Readiness check: MongoDB is down: %s", str(error) or "timed out")
             return "down"
         return "ok"
 

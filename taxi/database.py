@@ -1,5 +1,7 @@
 """The MongoDB client and what counts as "the database is unreachable"."""
 
+import logging
+
 import pymongo.errors
 from motor.motor_asyncio import AsyncIOMotorClient
 
@@ -8,6 +10,10 @@ from motor.motor_asyncio import AsyncIOMotorClient
 SERVER_SELECTION_TIMEOUT_MS = 2000
 CONNECT_TIMEOUT_MS = 2000
 SOCKET_TIMEOUT_MS = 5000
+
+# At DEBUG level PyMongo logs every command with its documents, which would put
+# password hashes in the log; its other loggers carry no document contents.
+logging.getLogger("pymongo.command").setLevel(logging.INFO)
 
 # Errors that mean the server could not be reached or did not answer in time, as
 # opposed to errors in what was asked of it (duplicate keys, bad queries).

@@ -2,8 +2,10 @@
 
 `LocalGroups` keeps the group map in this process: it reaches only sockets connected to
 this process, so with several processes behind a proxy a send made in one process does
-not reach sockets held by another. A cross-process backend offers the same three
-coroutines, `group_add`, `group_discard` and `group_send`, so callers do not change.
+not reach sockets held by another. `taxi.redis_groups.RedisGroups` extends it across
+processes through Redis with the same coroutines (`group_add`, `group_discard`,
+`group_send`, `health`, `close`), so callers do not change. `taxi.app.create_services`
+picks one of the two from `REDIS_URL`.
 """
 
 import logging
@@ -50,7 +52,7 @@ class LocalGroups:
 
     async def group_add(self, group: str, member: Member) -> None:
         check_group_name(group)
-        self._members.setdefault(group, set()).add(member)
+        self.add_local(group, member)
 
     async def group_discard(self, group: str, member: Member) -> None:
         """Remove `member` from `group`. Removing a member that is not there does nothing."""
@@ -68,6 +70,15 @@ class LocalGroups:
 
     async def close(self) -> None:
         """Release what the backend holds; the in-process map holds nothing outside itself."""
+
+    def add_local(self, group: str, member: Member) -> bool:
+        """Add `member` to the local map; return True when that created the group."""
+        members = self._members.get(group)
+        if members is None:
+            self._members[group] = {member}
+            return True
+        members.add(member)
+        return False
 
     def discard_local(self, group: str, member: Member) -> bool:
         """Remove `member` from the local map; return True when that emptied the group."""

@@ -8,6 +8,9 @@ import json
 
 INVALID_MESSAGE = "invalid_message"
 UNKNOWN_TYPE = "unknown_type"
+RATE_LIMITED = "rate_limited"
+INVALID_TOKEN = "invalid_token"
+UNAVAILABLE = "unavailable"
 
 
 class InvalidMessage(Exception):

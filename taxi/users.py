@@ -139,6 +139,19 @@ class UserStore:
             )
         return None if document is None else _user_from_document(document)
 
+    async def active_among(self, user_ids: list[str]) -> set[str]:
+        """Return the ids in `user_ids` whose users exist and have `is_active` true.
+
+        One `$in` query; callers split long lists into chunks.
+        """
+        object_ids = [ObjectId(user_id) for user_id in user_ids if ObjectId.is_valid(user_id)]
+        if not object_ids:
+            return set()
+        async with _unavailable_as_error():
+            cursor = self.collection.find({"_id": {"$in": object_ids}, "is_active": True}, {"_id": 1})
+            documents = await cursor.to_list(length=None)
+        return {str(document["_id"]) for document in documents}
+
     async def ping(self) -> None:
         async with _unavailable_as_error():
             await self.collection.database.command("ping")

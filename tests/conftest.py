@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from taxi.app import create_services, make_app
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import devdb  # noqa: E402
+import devredis  # noqa: E402
 
 SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256-and-for-hs512-as-well"
 API_KEY = "test-api-key"
@@ -52,13 +54,32 @@ def mongodb_server_uri(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_url():
+    """Return the URL of a Redis server started for this run; tests that use it skip without redis-server."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH; install it with `apt-get install -y redis-server`")
+    server = devredis.RedisServer(devdb.free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def environment(mongodb_server_uri):
-    """The environment a test server is configured from; tests may change it before `services` is built."""
+def environment(mongodb_server_uri, request):
+    """The environment a test server is configured from; tests may change it before `services` is built.
+
+    A test that needs other settings from the start, such as those Tornado reads once
+    when the application is made, passes them by indirect parametrization:
+    `@pytest.mark.parametrize("environment", [{"PING_INTERVAL": "0.2"}], indirect=True)`.
+    """
     return {
         "MONGODB_URI": f"{mongodb_server_uri}/taxi_test_{uuid.uuid4().hex[:12]}",
         "SECRET_KEY": SECRET_KEY,
         "API_KEY": API_KEY,
+        **getattr(request, "param", {}),
     }
 
 

@@ -231,8 +231,9 @@ async def test_bad_origin_and_bad_token_gives_401(port):
     assert await handshake_status(port, "bad", headers={"Origin": "http://evil.example"}) == 401
 
 
-async def test_handshake_does_not_block_other_sockets(services, port, sockets):
+async def test_handshake_does_not_block_other_sockets(environment, services, port, sockets):
     """Many handshakes at once all succeed; the lookups run concurrently on one loop."""
+    reconfigure(services, environment, MAX_SOCKETS_PER_USER="0")
     _, access = await create_user(services)
     opened = await asyncio.gather(*(connect(port, access, sockets=sockets) for _ in range(20)))
     assert len(opened) == 20
