@@ -48,6 +48,7 @@ MISSING_TOKEN_DETAIL = (
 EXPIRED_TOKEN_DETAIL = "The access token has expired; refresh it and connect again."
 INVALID_TOKEN_DETAIL = "The access token is not valid, or its user is unknown or inactive."
 UNAVAILABLE_DETAIL = "The user database is not answering; try again shortly."
+NOT_AN_UPGRADE_DETAIL = "This endpoint only accepts WebSocket handshakes (Upgrade: websocket)."
 ORIGIN_DETAIL = "This origin may not open sockets here; the server's ALLOWED_ORIGINS decides which may."
 TOO_MANY_SOCKETS_DETAIL = (
     "This user already has {count} open sockets, the most MAX_SOCKETS_PER_USER allows; close one and connect again."
@@ -115,6 +116,11 @@ class TaxiSocket(TaxiHandlerMixin, tornado.websocket.WebSocketHandler):
             logger.warning("Socket handshake rejected (429) for user %s from %s: %d sockets open, "
                            "MAX_SOCKETS_PER_USER is %d", self.user.id, self.request.remote_ip, count, limit)
             raise ClientError(429, TOO_MANY_SOCKETS_DETAIL.format(count=count))
+
+        # Tornado makes the same check after `prepare`, but answers it in plain text.
+        connection = self.request.headers.get("Connection", "").lower()
+        if self.request.headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise ClientError(400, NOT_AN_UPGRADE_DETAIL)
 
     def find_token(self) -> str | None:
         """Return the token from `?token=`, else from an `Authorization: Bearer` header."""

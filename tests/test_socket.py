@@ -237,3 +237,11 @@ async def test_handshake_does_not_block_other_sockets(environment, services, por
     _, access = await create_user(services)
     opened = await asyncio.gather(*(connect(port, access, sockets=sockets) for _ in range(20)))
     assert len(opened) == 20
+
+
+async def test_plain_get_with_valid_token_is_400_json(services, base_url):
+    _, access = await create_user(services)
+    client = tornado.httpclient.AsyncHTTPClient()
+    response = await client.fetch(f"{base_url}/taxi/?token={access}", raise_error=False)
+    assert response.code == 400
+    assert "WebSocket" in json.loads(response.body)["detail"]
