@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from children import port_in_use, read_log_tail, start_logged, stop_process, wait_until_ready
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
@@ -161,19 +163,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Return whether a TCP socket is already bound to host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR makes leftover TIME_WAIT connections not count as "in use",
-        # as they do not stop a server from listening there.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def ping(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -324,15 +313,7 @@ class DatabaseServer:
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
             log.write(f"--- devdb: {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        self.process = start_logged(command, self.log_path, env)
         self.pid = self.process.pid
 
         try:
@@ -362,47 +343,19 @@ class DatabaseServer:
         return command, dict(os.environ, DO_NOT_TRACK="1")
 
     def _wait_until_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.process.poll()
-            if status is not None:
-                raise RuntimeError(
-                    f"{self.kind} exited with status {status} during start-up; "
-                    f"end of {self.log_path}:\n{self.log_tail()}"
-                )
-            if ping(self.host, self.port):
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"{self.kind} (PID {self.pid}) did not respond to a ping on {self.host}:{self.port} "
-                    f"within {timeout} s (timed out); end of {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+        wait_until_ready(self.process, lambda: ping(self.host, self.port), timeout,
+                         f"{self.kind} on {self.host}:{self.port}", self.log_tail)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """Return the last `lines` lines that the server logged since its last start."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError as error:
-            return f"(cannot read the log: {error})"
-        return "\n".join(text.splitlines()[-lines:])
+        return read_log_tail(self.log_path, lines, self._log_offset)
 
     def stop(self, timeout: float = 10) -> None:
         """Send SIGTERM, wait up to `timeout` seconds, then send SIGKILL."""
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _log(f"{self.kind} (PID {self.pid}) ignored SIGTERM for {timeout} s; sending SIGKILL")
-                process.kill()
-                process.wait()
+        stop_process(process, self.kind, timeout, "devdb")
         self.process = None
 
     def __enter__(self) -> DatabaseServer:

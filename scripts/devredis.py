@@ -23,8 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from children import port_in_use, read_log_tail, start_logged, stop_process, wait_until_ready
 
 LOOPBACK = "127.0.0.1"
 DEV_PORT = 6379
@@ -51,16 +52,6 @@ def ping(host: str, port: int, timeout: float = 1.0) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 class RedisServer:
@@ -123,14 +114,7 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", "",
         ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = start_logged(command, self.log_path)
         self.pid = self.process.pid
 
         try:
@@ -140,40 +124,16 @@ class RedisServer:
             raise
 
     def _wait_until_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while not ping(self.host, self.port):
-            status = self.process.poll()
-            if status is not None:
-                raise RuntimeError(f"redis-server exited with status {status} during start-up:\n{self.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"redis-server (PID {self.pid}) did not respond to PING on {self.host}:{self.port} "
-                    f"within {timeout} s:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
+        wait_until_ready(self.process, lambda: ping(self.host, self.port), timeout,
+                         f"redis-server on {self.host}:{self.port}", self.log_tail, interval=0.05)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        if self.log_path is None:
-            return "(no log)"
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as error:
-            return f"(cannot read the log: {error})"
-        return "\n".join(text.splitlines()[-lines:])
+        return read_log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 10) -> None:
         """Send SIGTERM to the server's PID, wait up to `timeout` seconds, then send SIGKILL."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"devredis: redis-server (PID {self.pid}) ignored SIGTERM for {timeout} s; sending SIGKILL",
-                      file=sys.stderr)
-                process.kill()
-                process.wait()
+        if self.process is not None:
+            stop_process(self.process, "redis-server", timeout, "devredis")
         self.process = None
         if self._temporary_dir is not None:
             self._temporary_dir.cleanup()

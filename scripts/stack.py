@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devdb  # noqa: E402
 import devredis  # noqa: E402
+from children import stop_process  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONFIG = REPO_ROOT / "deploy" / "supervisord.conf"
@@ -159,7 +160,7 @@ class Stack:
     def stop(self) -> None:
         """Stop supervisord (which stops the server processes), then Redis and the database."""
         if self.supervisord is not None:
-            stop_process(self.supervisord, "supervisord", SUPERVISORD_STOP_TIMEOUT)
+            stop_process(self.supervisord, "supervisord", SUPERVISORD_STOP_TIMEOUT, "stack")
             self.supervisord = None
         if self.redis is not None:
             self.redis.stop()
@@ -187,19 +188,6 @@ def ready(port: int) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def stop_process(process: subprocess.Popen, name: str, timeout: float) -> int:
-    """Send SIGTERM to a child process, wait up to `timeout` seconds, then SIGKILL; return its status."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _log(f"{name} (PID {process.pid}) ignored SIGTERM for {timeout} s; sending SIGKILL")
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def stop_pid(pid: int, name: str, timeout: float) -> None:

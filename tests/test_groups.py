@@ -12,7 +12,6 @@ from conftest import (
     receive_json,
     receive_nothing,
     reconfigure,
-    send_json,
     wait_until,
 )
 from taxi.groups import LocalGroups
