@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import uvloop
 from picows import WSError, WSListener, WSMsgType, ws_connect
 
-from common import generate_user_ids, mint_access_token
+from common import ACCESS_TOKEN_LIFETIME, generate_user_ids, mint_access_token
 from measure import Window, percentile, process_rss_kib
 
 ECHO_WARMUP_SECONDS = 1.0
@@ -61,18 +61,36 @@ class Target:
     """Server addresses, API key and the pre-minted tokens the server accepts."""
 
     def __init__(self, args, user_ids):
-        self.url = args.url
-        self.server_pid = args.server_pid
-        api = urlsplit(args.api_url or args.url.replace("ws://", "http://", 1))
+        # Several URLs (one per server process) share the sockets round-robin.
+        self.urls = args.url.split(",")
+        self.url = self.urls[0]
+        self.server_pids = args.server_pid
+        api = urlsplit(args.api_url or self.url.replace("ws://", "http://", 1))
         self.api_host = api.hostname
         self.api_port = api.port or 80
         self.api_key = args.api_key
+        mint = taxi_minter(args.taxi_root) if args.taxi_root else mint_access_token
         # One token per user is minted up front so that minting is never measured.
-        self.tokens = [mint_access_token(args.secret, user_id) for user_id in user_ids]
-        self.foreign_token = mint_access_token(os.urandom(32).hex(), user_ids[0])
+        self.tokens = [mint(args.secret, user_id) for user_id in user_ids]
+        self.foreign_token = mint(os.urandom(32).hex(), user_ids[0])
+
+    @property
+    def server_pid(self):
+        """The first server process: the one whose RSS the memory phase reads."""
+        return self.server_pids[0]
 
     def socket_url(self, index):
-        return f"{self.url}?token={self.tokens[index % len(self.tokens)]}"
+        return f"{self.urls[index % len(self.urls)]}?token={self.tokens[index % len(self.tokens)]}"
+
+
+def taxi_minter(taxi_root):
+    """Return a function minting access tokens with taxi.tokens.mint from the checkout at `taxi_root`."""
+    sys.path.insert(0, taxi_root)
+    from taxi import tokens
+
+    def mint(secret, user_id):
+        return tokens.mint(secret, tokens.ACCESS, user_id, ACCESS_TOKEN_LIFETIME)
+    return mint
 
 
 # -- sockets ------------------------------------------------------------------
@@ -239,25 +257,26 @@ async def measure_handshakes(target, concurrency, mode, seconds, max_count):
     `no_token` or `bad_signature` (both expect 401).
     """
     loop = asyncio.get_running_loop()
-    url = urlsplit(target.url)
-    host_header = url.netloc
+    urls = [urlsplit(url) for url in target.urls]
     expected = 101 if mode == "accepted" else 401
     latencies = []
     errors = {}
     deadline = time.perf_counter() + seconds
     next_index = 0
 
-    def next_path():
+    def next_url_and_path():
         nonlocal next_index
         next_index += 1
+        url = urls[next_index % len(urls)]
         if mode == "accepted":
-            return f"{url.path}?token={target.tokens[next_index % len(target.tokens)]}"
+            return url, f"{url.path}?token={target.tokens[next_index % len(target.tokens)]}"
         if mode == "no_token":
-            return url.path
-        return f"{url.path}?token={target.foreign_token}"
+            return url, url.path
+        return url, f"{url.path}?token={target.foreign_token}"
 
     async def handshake_once():
-        request, accept = handshake_request(next_path(), host_header)
+        url, path = next_url_and_path()
+        request, accept = handshake_request(path, url.netloc)
         done = loop.create_future()
         transport, _ = await loop.create_connection(
             lambda: HandshakeProbe(request, accept, done), url.hostname, url.port
@@ -280,7 +299,7 @@ async def measure_handshakes(target, concurrency, mode, seconds, max_count):
             else:
                 errors[str(outcome)] = errors.get(str(outcome), 0) + 1
 
-    window = Window(target.server_pid)
+    window = Window(target.server_pids)
     await asyncio.gather(*(loop_one() for _ in range(concurrency)))
     usage = window.stop()
     return {
@@ -337,7 +356,7 @@ async def measure_echo(target, socket_count, seconds, connect_concurrency):
     for listener in listeners:
         send_next(listener)
     await asyncio.sleep(ECHO_WARMUP_SECONDS)
-    window = Window(target.server_pid)
+    window = Window(target.server_pids)
     try:
         await asyncio.wait_for(all_done, seconds + 10)
     except asyncio.TimeoutError:
@@ -408,7 +427,7 @@ async def measure_group_send(target, socket_count, sends, timeout, connect_concu
     window = None
     for seq in range(1, GROUP_WARMUP_SENDS + sends + 1):
         if seq == GROUP_WARMUP_SENDS + 1:
-            window = Window(target.server_pid)
+            window = Window(target.server_pids)
         tally = {"expected": len(listeners), "received": 0, "last": None, "done": loop.create_future()}
         pending[seq] = tally
         body = json.dumps({"type": "bench.group", "data": {"seq": seq}}).encode()
@@ -479,7 +498,7 @@ async def measure_idle_memory(target, counts, settle_seconds, connect_concurrenc
         if count > usable:
             points.append({"sockets": count, "skipped": f"client RLIMIT_NOFILE is {soft_limit}"})
             continue
-        window = Window(target.server_pid)
+        window = Window(target.server_pids)
         opened, failures = await open_sockets(target, count - len(listeners), None, connect_concurrency,
                                               first_index=len(listeners))
         usage = window.stop()
@@ -511,9 +530,13 @@ def parse_counts(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="WebSocket URL of the /taxi/ endpoint, e.g. ws://127.0.0.1:8000/taxi/")
     parser.add_argument("--api-url", help="base URL of the HTTP API (default: --url's host and port)")
-    parser.add_argument("--server-pid", type=int, required=True, help="server process id, for its RSS and CPU time")
+    parser.add_argument("--url", required=True,
+                        help="WebSocket URL of the /taxi/ endpoint, e.g. ws://127.0.0.1:8000/taxi/; "
+                             "comma-separated for several server processes, which share the sockets round-robin")
+    parser.add_argument("--server-pid", type=parse_counts, required=True,
+                        help="server process id, for its RSS and CPU time; comma-separated for several "
+                             "(CPU is summed, RSS is read from the first)")
     parser.add_argument("--secret", required=True, help="HMAC key the server checks HS256 tokens with")
     parser.add_argument("--api-key", default="", help="key for POST /api/groups/<group>/send/")
     users = parser.add_mutually_exclusive_group(required=True)
@@ -535,6 +558,7 @@ def parse_args(argv=None):
                         help="comma-separated idle socket counts (default 2000,10000)")
     parser.add_argument("--memory-settle", type=float, default=2.0, help="seconds to wait before reading RSS")
     parser.add_argument("--connect-concurrency", type=int, default=100, help="sockets opened at once when opening many")
+    parser.add_argument("--taxi-root", help="mint tokens with taxi.tokens.mint from this checkout instead of common.py")
     parser.add_argument("--json-out", help="write the results to this file as well as to standard output")
     return parser.parse_args(argv)
 

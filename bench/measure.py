@@ -61,17 +61,31 @@ def process_rss_kib(pid):
     return None
 
 
+def processes_cpu_seconds(pids):
+    """Return the summed CPU seconds of `pids`, or None if any of them is gone."""
+    readings = [process_cpu_seconds(pid) for pid in pids]
+    return None if None in readings else sum(readings)
+
+
 class Window:
-    """Wall time and CPU time of this process and of the server over one measurement."""
+    """Wall time and CPU time of this process and of the server over one measurement.
+
+    `server_pid` is one process id or a list of them; the server's CPU is their sum.
+    """
 
     def __init__(self, server_pid=None):
-        self.server_pid = server_pid
+        if server_pid is None:
+            self.server_pids = []
+        elif isinstance(server_pid, int):
+            self.server_pids = [server_pid]
+        else:
+            self.server_pids = list(server_pid)
         self.start()
 
     def start(self):
         self.wall_start = time.perf_counter()
         self.cpu_start = client_cpu_seconds()
-        self.server_cpu_start = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        self.server_cpu_start = processes_cpu_seconds(self.server_pids) if self.server_pids else None
         self.machine_cpu_start = machine_busy_cpu_seconds()
 
     def stop(self):
@@ -89,8 +103,8 @@ class Window:
             "client_cpu_seconds": round(client_cpu, 3),
             "client_cpu_percent": round(100 * client_cpu / wall, 1) if wall > 0 else None,
         }
-        if self.server_pid:
-            server_cpu = process_cpu_seconds(self.server_pid)
+        if self.server_pids:
+            server_cpu = processes_cpu_seconds(self.server_pids)
             if server_cpu is not None and self.server_cpu_start is not None:
                 # /proc counts in clock ticks (10 ms at CLK_TCK=100), so short windows are coarse.
                 server_cpu -= self.server_cpu_start

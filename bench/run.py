@@ -47,10 +47,17 @@ STOP_TIMEOUT_SECONDS = 15
 
 class StartedServer(NamedTuple):
     process: subprocess.Popen
+    # Comma-separated when the server runs as several processes; the client spreads sockets over them.
     url: str
     user_ids: list
     # A server whose HTTP API listens elsewhere than its WebSocket port sets this.
     api_url: Optional[str] = None
+    # Further processes of the same server, whose CPU counts as the server's.
+    more_processes: tuple = ()
+
+    @property
+    def processes(self):
+        return (self.process, *self.more_processes)
 
 
 @dataclass
@@ -59,6 +66,10 @@ class ServerEntry:
     start: Callable[[int, str, str, int], StartedServer]
     setup: Optional[Callable[[str, str, int], Optional[Callable[[], None]]]] = None
     description: str = ""
+    # Phases this server takes part in; None means all.
+    phases: Optional[tuple] = None
+    # Directory of a taxi checkout whose taxi.tokens.mint the client uses instead of common.py.
+    taxi_root: Optional[str] = None
 
 
 def server_command(arguments):
@@ -88,12 +99,129 @@ def start_ref_websockets(port, secret, api_key, n_users):
                          api_url=f"http://127.0.0.1:{api_port}")
 
 
+# -- taxi ---------------------------------------------------------------------
+#
+# taxi runs for real: server.py from the repository's .venv, against a FerretDB (or
+# mongod) that scripts/devdb.py starts for the run, with users created through
+# taxi's own user store (taxi_users.py) and tokens minted by taxi.tokens.mint.
+
+REPO_ROOT = os.path.dirname(HERE)
+TAXI_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+# The database and Redis share the client's core, as they would sit on other
+# machines in production; the server core then measures the server alone.
+TAXI_BACKEND_CPU = CLIENT_CPU
+TAXI_DATABASE = "taxi_bench"
+# Closed-loop echo and thousands of idle sockets per user would trip the per-socket
+# message rate limit and the per-user socket limit, so the benchmark turns both off.
+TAXI_ENVIRONMENT = {"MAX_MESSAGES_PER_SECOND": "0", "MAX_SOCKETS_PER_USER": "0", "LOG_LEVEL": "warning"}
+# Extra variables from --taxi-env, applied to every taxi process after TAXI_ENVIRONMENT.
+taxi_overrides = {}
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+import devdb  # noqa: E402  (standard library only, so it imports in bench's venv)
+import devredis  # noqa: E402
+
+
+@dataclass
+class TaxiBackends:
+    """The database (and Redis, when a taxi entry needs it) shared by every taxi repeat."""
+
+    database: Optional[object] = None
+    redis: Optional[object] = None
+    user_ids: list = field(default_factory=list)
+    workdir: Optional[str] = None
+
+    @property
+    def mongodb_uri(self):
+        return self.database.uri(TAXI_DATABASE)
+
+    def start_database(self, n_users):
+        if self.database is not None:
+            return
+        self.workdir = tempfile.mkdtemp(prefix="taxi-bench-backends-")
+        self.database = devdb.DatabaseServer(os.path.join(self.workdir, "db"), devdb.free_port())
+        self.database.start()
+        pin_all_threads(self.database.pid, TAXI_BACKEND_CPU)
+        completed = subprocess.run(
+            ["taskset", "-c", TAXI_BACKEND_CPU, TAXI_PYTHON, os.path.join(HERE, "taxi_users.py"),
+             "--mongodb-uri", self.mongodb_uri, "--count", str(n_users)],
+            capture_output=True, text=True, check=False, timeout=300)
+        if completed.returncode != 0:
+            raise RuntimeError(f"taxi_users.py exited with status {completed.returncode}:\n{completed.stderr[-3000:]}")
+        self.user_ids = completed.stdout.split()
+
+    def start_redis(self):
+        if self.redis is not None:
+            return
+        self.redis = devredis.RedisServer(devdb.free_port(), work_dir=os.path.join(self.workdir, "redis"))
+        self.redis.start()
+        pin_all_threads(self.redis.pid, TAXI_BACKEND_CPU)
+
+    def stop(self):
+        for server in (self.redis, self.database):
+            if server is not None:
+                server.stop()
+        self.redis = self.database = None
+
+
+taxi_backends = TaxiBackends()
+
+
+def pin_all_threads(pid, core):
+    subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def setup_taxi(secret, api_key, n_users):
+    taxi_backends.start_database(n_users)
+    return taxi_backends.stop
+
+
+def setup_taxi_with_redis(secret, api_key, n_users):
+    taxi_backends.start_database(n_users)
+    taxi_backends.start_redis()
+    return taxi_backends.stop
+
+
+def start_taxi_process(port, secret, api_key, extra_environment=()):
+    environment = {**os.environ, "SECRET_KEY": secret, "API_KEY": api_key,
+                   "MONGODB_URI": taxi_backends.mongodb_uri, **TAXI_ENVIRONMENT, **dict(extra_environment),
+                   **taxi_overrides}
+    environment.pop("REDIS_URL", None)
+    if taxi_backends.redis is not None and "REDIS_URL" in dict(extra_environment):
+        environment["REDIS_URL"] = dict(extra_environment)["REDIS_URL"]
+    log_path = os.path.join(tempfile.gettempdir(), f"taxi-bench-taxi-{port}.log")
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(server_command([TAXI_PYTHON, "server.py", "--port", str(port)]),
+                                cwd=REPO_ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+def start_taxi(port, secret, api_key, n_users):
+    process = start_taxi_process(port, secret, api_key)
+    return StartedServer(process, f"ws://127.0.0.1:{port}/taxi/", taxi_backends.user_ids)
+
+
+def start_taxi_two_processes(port, secret, api_key, n_users):
+    """Two taxi processes sharing Redis, both on the server core; group sends go through the first."""
+    redis = [("REDIS_URL", taxi_backends.redis.url)]
+    first = start_taxi_process(port, secret, api_key, redis)
+    second = start_taxi_process(port + 1, secret, api_key, redis)
+    urls = f"ws://127.0.0.1:{port}/taxi/,ws://127.0.0.1:{port + 1}/taxi/"
+    return StartedServer(first, urls, taxi_backends.user_ids, more_processes=(second,))
+
+
+FLOOR = "floor_tornado"
 SERVERS = [
-    ServerEntry("floor_tornado", start_floor_tornado,
+    ServerEntry(FLOOR, start_floor_tornado,
                 description="bench/floor_tornado.py: bare Tornado, users in memory"),
     ServerEntry("ref_websockets", start_ref_websockets,
                 description="bench/ref_websockets.py: websockets asyncio server, users in memory, "
                             "group send on a second port"),
+    ServerEntry("taxi", start_taxi, setup=setup_taxi, taxi_root=REPO_ROOT,
+                description="server.py, one process without Redis, FerretDB through scripts/devdb.py"),
+    ServerEntry("taxi_2proc", start_taxi_two_processes, setup=setup_taxi_with_redis, taxi_root=REPO_ROOT,
+                phases=("handshake", "echo", "group"),
+                description="two server.py processes sharing Redis, both on the server core; sockets "
+                            "alternate between them and group sends go through the first"),
 ]
 
 
@@ -119,15 +247,16 @@ QUICK = Sizes(repeats=1, n_users=200, handshake_seconds=1.0, echo_sockets=20, ec
 # -- one run ------------------------------------------------------------------
 
 
-def wait_listening(process, url, api_url):
-    """Wait until the WebSocket and API ports accept TCP connections."""
-    addresses = {(urlsplit(url).hostname, urlsplit(url).port)}
+def wait_listening(processes, url, api_url):
+    """Wait until every WebSocket port (`url` may list several) and the API port accept TCP connections."""
+    addresses = {(urlsplit(one).hostname, urlsplit(one).port) for one in url.split(",")}
     if api_url:
         addresses.add((urlsplit(api_url).hostname, urlsplit(api_url).port))
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while addresses and time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with status {process.returncode} before listening")
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with status {process.returncode} before listening")
         for address in list(addresses):
             try:
                 socket.create_connection(address, timeout=0.5).close()
@@ -159,14 +288,14 @@ def stop_server(process):
         process.wait()
 
 
-def run_client(started, secret, api_key, phases, sizes, workdir):
+def run_client(entry, started, secret, api_key, phases, sizes, workdir):
     user_ids_path = os.path.join(workdir, "user_ids.txt")
     with open(user_ids_path, "w") as user_ids_file:
         user_ids_file.write("\n".join(started.user_ids) + "\n")
     output_path = os.path.join(workdir, "client.json")
     command = [
         "taskset", "-c", CLIENT_CPU, sys.executable, os.path.join(HERE, "client.py"),
-        "--url", started.url, "--server-pid", str(started.process.pid),
+        "--url", started.url, "--server-pid", ",".join(str(process.pid) for process in started.processes),
         "--secret", secret, "--api-key", api_key, "--user-ids-file", user_ids_path,
         "--phases", ",".join(phases),
         "--handshake-seconds", str(sizes.handshake_seconds),
@@ -177,6 +306,8 @@ def run_client(started, secret, api_key, phases, sizes, workdir):
     ]
     if started.api_url:
         command += ["--api-url", started.api_url]
+    if entry.taxi_root:
+        command += ["--taxi-root", entry.taxi_root]
     # Bounded well above the longest run the sizes allow, so a hung client cannot stall the suite.
     timeout = 120 + 6 * sizes.handshake_seconds + sizes.echo_seconds + sizes.group_sends * 12 + sum(sizes.memory_sockets) / 50
     completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
@@ -190,39 +321,59 @@ def run_server_once(entry, port, secret, api_key, sizes, phases, workdir):
     started = entry.start(port, secret, api_key, sizes.n_users)
     started = StartedServer(*started)
     try:
-        wait_listening(started.process, started.url, started.api_url)
-        pin_to_server_core(started.process.pid)
-        return run_client(started, secret, api_key, phases, sizes, workdir)
+        wait_listening(started.processes, started.url, started.api_url)
+        for process in started.processes:
+            pin_to_server_core(process.pid)
+        return run_client(entry, started, secret, api_key, phases, sizes, workdir)
     finally:
-        stop_server(started.process)
+        for process in started.processes:
+            stop_server(process)
 
 
-def run_entry(entry, port, sizes, phases):
+def run_repeat(entry, port, secret, api_key, sizes, phases, workdir, repeat):
+    """Run one repeat of `phases` on `entry`; a failure is recorded in the result, not raised."""
+    result = {}
+    if entry.phases is not None:
+        phases = [phase for phase in phases if phase in entry.phases]
+    load_phases = [phase for phase in phases if phase != "memory"]
+    try:
+        if load_phases:
+            print(f"{entry.name}: repeat {repeat}: {', '.join(load_phases)}", flush=True)
+            result.update(run_server_once(entry, port, secret, api_key, sizes, load_phases, workdir))
+        if "memory" in phases:
+            print(f"{entry.name}: repeat {repeat}: memory", flush=True)
+            memory = run_server_once(entry, port, secret, api_key, sizes, ["memory"], workdir)
+            result["memory"] = memory["memory"]
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+        print(f"{entry.name}: repeat {repeat} failed: {exc}", file=sys.stderr, flush=True)
+        result["failure"] = str(exc)
+    return result
+
+
+def run_entries(entries, base_port, sizes, phases):
+    """Run every entry once per repeat, taking turns, so that a busy spell on the shared
+    machine hits all servers of a repeat alike; the ratios to the floor compare within a repeat.
+
+    Returns {entry name: [one result per repeat]}.
+    """
     secret = secrets.token_hex(32)
     api_key = secrets.token_hex(16)
-    cleanup = entry.setup(secret, api_key, sizes.n_users) if entry.setup else None
-    runs = []
+    cleanups = []
+    all_runs = {entry.name: [] for entry, _ in entries}
     try:
+        for entry, _ in entries:
+            if entry.setup:
+                cleanups.append(entry.setup(secret, api_key, sizes.n_users))
         with tempfile.TemporaryDirectory(prefix="taxi-bench-") as workdir:
             for repeat in range(1, sizes.repeats + 1):
-                result = {}
-                load_phases = [phase for phase in phases if phase != "memory"]
-                try:
-                    if load_phases:
-                        print(f"{entry.name}: repeat {repeat}: {', '.join(load_phases)}", flush=True)
-                        result.update(run_server_once(entry, port, secret, api_key, sizes, load_phases, workdir))
-                    if "memory" in phases:
-                        print(f"{entry.name}: repeat {repeat}: memory", flush=True)
-                        memory = run_server_once(entry, port, secret, api_key, sizes, ["memory"], workdir)
-                        result["memory"] = memory["memory"]
-                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-                    print(f"{entry.name}: repeat {repeat} failed: {exc}", file=sys.stderr, flush=True)
-                    result["failure"] = str(exc)
-                runs.append(result)
+                for entry, port in entries:
+                    all_runs[entry.name].append(run_repeat(entry, port, secret, api_key, sizes, phases,
+                                                           workdir, repeat))
     finally:
-        if cleanup:
-            cleanup()
-    return runs
+        for cleanup in cleanups:
+            if cleanup:
+                cleanup()
+    return all_runs
 
 
 # -- summary ------------------------------------------------------------------
@@ -278,13 +429,25 @@ def metric_rows(sizes):
 
 
 def summarize(all_runs, sizes):
-    """Return {server: {label: {"unit", "value", "*_cpu_percent", "repeats"}}}, each value a median."""
+    """Return {server: {label: {"unit", "value", "*_cpu_percent", "repeats", "ratio"}}}, each value a median.
+
+    "ratio" is the median over repeats of the server's value divided by the floor's value
+    from the same repeat (None for the floor itself or when the floor has no value).
+    """
     summary = {}
+    floor_runs = all_runs.get(FLOOR, [])
     for name, runs in all_runs.items():
         summary[name] = {}
         for label, unit, read in metric_rows(sizes):
+            ratios = []
+            if name != FLOOR:
+                for run, floor_run in zip(runs, floor_runs):
+                    value, floor_value = read(run), read(floor_run)
+                    if value is not None and floor_value is not None and floor_value[0]:
+                        ratios.append(value[0] / floor_value[0])
             readings = [reading for reading in (read(run) for run in runs) if reading is not None]
             summary[name][label] = {
+                "ratio": median(ratios),
                 "unit": unit,
                 "value": median([reading[0] for reading in readings]),
                 "client_cpu_percent": median([reading[1] for reading in readings]),
@@ -376,6 +539,16 @@ def write_report(all_runs, summary, sizes, fd_limit, started_at, output_dir):
     ]
     for label, unit, _ in metric_rows(sizes):
         lines.append(f"| {label} ({unit}) | " + " | ".join(format_cell(summary[name][label]) for name in names) + " |")
+    compared = [name for name in names if name != FLOOR]
+    if FLOOR in names and compared:
+        lines += ["", f"Ratios to {FLOOR}: the median over repeats of each figure divided by {FLOOR}'s "
+                  "figure from the same repeat (for latency and memory, lower is better).", "",
+                  "| measurement | " + " | ".join(compared) + " |",
+                  "| --- | " + " | ".join("---" for _ in compared) + " |"]
+        for label, unit, _ in metric_rows(sizes):
+            cells = [summary[name][label]["ratio"] for name in compared]
+            lines.append(f"| {label} ({unit}) | " + " | ".join("n/a" if cell is None else f"{cell:.2f}×"
+                                                                 for cell in cells) + " |")
     lines += ["", "The CPU figures of the (D) rows cover opening the sockets, not the idle period.",
               "", "Servers:", ""]
     lines += [f"- {entry.name}: {entry.description}" for entry in SERVERS if entry.name in names]
@@ -409,6 +582,13 @@ def raise_fd_limit():
     return list(resource.getrlimit(resource.RLIMIT_NOFILE))
 
 
+def parse_assignment(text):
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def parse_counts(text):
     return [int(part) for part in text.split(",") if part]
 
@@ -428,6 +608,8 @@ def parse_args():
     parser.add_argument("--echo-seconds", type=float, help="measured echo seconds (default 10)")
     parser.add_argument("--group-sends", type=int, help="measured group sends (default 50)")
     parser.add_argument("--memory-sockets", type=parse_counts, help="idle socket counts (default 2000,10000)")
+    parser.add_argument("--taxi-env", type=parse_assignment, action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable for every taxi process, e.g. LOG_LEVEL=info (repeatable)")
     parser.add_argument("--output-dir", default=os.path.join(HERE, "results"), help="where latest.md and latest.json go")
     return parser.parse_args()
 
@@ -448,10 +630,10 @@ def main():
     sizes = sizes_from_args(args)
     fd_limit = raise_fd_limit()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    all_runs = {}
-    for index, entry in enumerate(SERVERS):
-        if entry.name in args.servers:
-            all_runs[entry.name] = run_entry(entry, args.base_port + 10 * index, sizes, args.phases)
+    taxi_overrides.update(args.taxi_env)
+    entries = [(entry, args.base_port + 10 * index) for index, entry in enumerate(SERVERS)
+               if entry.name in args.servers]
+    all_runs = run_entries(entries, args.base_port, sizes, args.phases)
     summary = summarize(all_runs, sizes)
     print(write_report(all_runs, summary, sizes, fd_limit, started_at, args.output_dir))
 
