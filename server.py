@@ -20,7 +20,7 @@ logger = logging.getLogger("taxi.server")
 
 INDEX_RETRY_INTERVAL = 5.0
 CLOSE_GOING_AWAY = 1001
-# Seconds to wait for clients to answer close frames; the whole shutdown must fit in
+# Seconds to wait for clients to respond to close frames; the whole shutdown must fit in
 # supervisord's default stop window of 10 seconds.
 SOCKET_CLOSE_WAIT = 5.0
 MIN_API_KEY_LENGTH = 16
@@ -113,7 +113,7 @@ async def create_indexes_until_done(services: Services) -> None:
 
 
 async def shutdown(server: tornado.httpserver.HTTPServer, services: Services) -> None:
-    """Close every socket with 1001, give clients a moment to answer, then release the services."""
+    """Close every socket with 1001, give clients a moment to respond, then release the services."""
     sockets = tuple(services.sockets)
     # Read by scripts/soak.py: after every client has left, both counts must be 0.
     logger.info("Group map at shutdown: %d groups, %d open sockets; counters since start: %s",
@@ -124,7 +124,7 @@ async def shutdown(server: tornado.httpserver.HTTPServer, services: Services) ->
     deadline = loop_time() + SOCKET_CLOSE_WAIT
     while services.sockets and loop_time() < deadline:
         await asyncio.sleep(0.05)
-    # A client that never answers the close frame is cut off here rather than holding
+    # A client that never responds to the close frame is cut off here rather than holding
     # the process past supervisord's stop window.
     for socket in tuple(services.sockets):
         socket.abort()

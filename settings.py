@@ -25,7 +25,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class SettingsError(Exception):
-    """An environment variable holds a value the server cannot use."""
+    """An environment variable contains a value the server cannot use."""
 
     def __init__(self, variable: str, expected: str, value: str):
         self.variable = variable

@@ -44,7 +44,7 @@ class LocalGroups:
     `_members` maps a group name to the set of sockets in this process that are in it.
     The socket handler adds a socket to its groups when it opens and discards it from
     all of them when it closes, however it closes. A group whose last member leaves is
-    deleted, so the map only holds groups that have members.
+    deleted, so the map only contains groups that have members.
     """
 
     def __init__(self):

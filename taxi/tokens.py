@@ -2,8 +2,8 @@
 
 The claims follow djangorestframework-simplejwt (`token_type`, `user_id`, `exp`, `iat`,
 `jti`), so another service that shares `SECRET_KEY` can mint tokens this server accepts.
-`decode()` is the one place that decides whether a token is valid for a purpose; its
-`InvalidToken.reason` is meant for the log, and never contains the token itself.
+`decode()` is the one place that decides whether a token is valid for a purpose. Its
+`InvalidToken.reason` is written for the log and never contains the token itself.
 """
 
 import dataclasses
@@ -29,7 +29,7 @@ REQUIRED_CLAIMS = ("token_type", "user_id", "exp", "iat", "jti")
 
 
 class InvalidToken(Exception):
-    """The token cannot be used; `reason` says why, for the log."""
+    """The token cannot be used; `reason` explains why, for the log."""
 
     def __init__(self, reason: str, user_id: str | None = None, jti: str | None = None):
         super().__init__(reason)

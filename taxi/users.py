@@ -3,8 +3,8 @@
 Usernames keep the case they were registered with but are unique case-insensitively.
 MongoDB would do that with a collation index; FerretDB (used for development and tests)
 does not implement index collations, so each document also stores `username_key`, the
-username case-folded, under a unique index. That works on both servers and holds under
-concurrent sign-ups, because the database, not a prior lookup, enforces it.
+username case-folded, under a unique index. That works on both servers and stays true under
+concurrent sign-ups, because the database enforces it, not a lookup made beforehand.
 """
 
 import contextlib
@@ -83,7 +83,7 @@ def username_key(username: str) -> str:
 
 
 class UserStore:
-    """Reads and writes users. Every method raises `DatabaseUnavailable` when MongoDB does not answer."""
+    """Reads and writes users. Every method raises `DatabaseUnavailable` when MongoDB does not respond."""
 
     def __init__(self, database):
         self.collection = database["users"]
