@@ -11,9 +11,13 @@ ARGS ?=
 PROCESSES ?=
 # Arguments for pytest in `make test`, e.g. PYTEST_ARGS="-x tests/test_auth.py".
 PYTEST_ARGS ?=
+# The benchmark's own environment (load client, reference servers, py-spy), apart
+# from the server's .venv. Arguments for bench/run.py, e.g. BENCH_ARGS=--quick.
+BENCH_VENV := bench/.venv-dev
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test devdb clean
+.PHONY: help run test bench devdb clean
 
 help: ## List the targets
 	@awk -F ':.*## ' '/^[a-z]+:.*## / { printf "  make %-6s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -34,8 +38,18 @@ endif
 test: $(VENV)/.installed ## Run the test suite
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -r bench/requirements.txt
+	touch $@
+
+# taxi itself runs from .venv (with the database that scripts/devdb.py starts), the
+# load client and the reference servers from bench/.venv-dev.
+bench: $(VENV)/.installed $(BENCH_VENV)/.installed ## Run the benchmark (about 25 min; BENCH_ARGS=--quick for 2)
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
 devdb: ## Find mongod or FerretDB, building FerretDB into var/bin if needed
 	$(PYTHON) scripts/devdb.py build
 
-clean: ## Remove .venv
-	rm -rf $(VENV)
+clean: ## Remove .venv and bench/.venv-dev
+	rm -rf $(VENV) $(BENCH_VENV)

@@ -183,12 +183,13 @@ def setup_taxi_with_redis(secret, api_key, n_users):
 
 
 def start_taxi_process(port, secret, api_key, extra_environment=()):
-    environment = {**os.environ, "SECRET_KEY": secret, "API_KEY": api_key,
-                   "MONGODB_URI": taxi_backends.mongodb_uri, **TAXI_ENVIRONMENT, **dict(extra_environment),
-                   **taxi_overrides}
+    environment = dict(os.environ)
+    # Only the entries that start Redis pass REDIS_URL, so one from the shell must not leak in.
     environment.pop("REDIS_URL", None)
-    if taxi_backends.redis is not None and "REDIS_URL" in dict(extra_environment):
-        environment["REDIS_URL"] = dict(extra_environment)["REDIS_URL"]
+    environment.update(SECRET_KEY=secret, API_KEY=api_key, MONGODB_URI=taxi_backends.mongodb_uri)
+    environment.update(TAXI_ENVIRONMENT)
+    environment.update(extra_environment)
+    environment.update(taxi_overrides)
     log_path = os.path.join(tempfile.gettempdir(), f"taxi-bench-taxi-{port}.log")
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(server_command([TAXI_PYTHON, "server.py", "--port", str(port)]),
@@ -197,6 +198,11 @@ def start_taxi_process(port, secret, api_key, extra_environment=()):
 
 def start_taxi(port, secret, api_key, n_users):
     process = start_taxi_process(port, secret, api_key)
+    return StartedServer(process, f"ws://127.0.0.1:{port}/taxi/", taxi_backends.user_ids)
+
+
+def start_taxi_cached(port, secret, api_key, n_users):
+    process = start_taxi_process(port, secret, api_key, [("USER_CACHE_SECONDS", "2")])
     return StartedServer(process, f"ws://127.0.0.1:{port}/taxi/", taxi_backends.user_ids)
 
 
@@ -218,6 +224,8 @@ SERVERS = [
                             "group send on a second port"),
     ServerEntry("taxi", start_taxi, setup=setup_taxi, taxi_root=REPO_ROOT,
                 description="server.py, one process without Redis, FerretDB through scripts/devdb.py"),
+    ServerEntry("taxi_cached", start_taxi_cached, setup=setup_taxi, taxi_root=REPO_ROOT,
+                description="as taxi, with USER_CACHE_SECONDS=2: a handshake reuses a user lookup up to 2 s old"),
     ServerEntry("taxi_2proc", start_taxi_two_processes, setup=setup_taxi_with_redis, taxi_root=REPO_ROOT,
                 phases=("handshake", "echo", "group"),
                 description="two server.py processes sharing Redis, both on the server core; sockets "
