@@ -5,6 +5,7 @@ Everything else comes from the environment through `settings.py`.
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -24,6 +25,11 @@ CLOSE_GOING_AWAY = 1001
 # supervisord's default stop window of 10 seconds.
 SOCKET_CLOSE_WAIT = 5.0
 MIN_API_KEY_LENGTH = 16
+# CPython's default first threshold (700) runs a collection every few handshakes, and
+# each full collection walks the objects of every open socket. In bench/ such a pause
+# made the p99 of a group send to 1,000 sockets about 120 ms instead of about 35 ms.
+# Larger thresholds make full collections rare; cyclic garbage lives a little longer.
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 class ListenError(Exception):
@@ -49,6 +55,7 @@ def main(argv=None) -> int:
         return 2
 
     logs.configure(settings.log_level)
+    gc.set_threshold(*GC_THRESHOLDS)
     if settings.secret_key_generated:
         logger.warning("SECRET_KEY is not set: using the development key in %s. "
                        "Production must set SECRET_KEY.", settings_module.SECRET_KEY_FILE)
@@ -58,11 +65,19 @@ def main(argv=None) -> int:
     host = arguments.host or settings.host
     port = arguments.port or settings.port
     try:
-        asyncio.run(serve(settings, host, port))
+        run_event_loop(serve(settings, host, port), settings.event_loop)
     except ListenError as error:
         print(f"taxi: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_event_loop(main_coroutine, event_loop: str) -> None:
+    if event_loop == "uvloop":
+        import uvloop
+        uvloop.run(main_coroutine)
+    else:
+        asyncio.run(main_coroutine)
 
 
 async def serve(settings, host: str, port: int) -> None:

@@ -22,6 +22,10 @@ SECRET_KEY_FILE = BASE_DIR / "var" / "secret_key"
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output.
 MIN_SECRET_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EVENT_LOOPS = ("asyncio", "uvloop")
+# A deactivated user's sockets must close within 5 seconds, so a cached lookup may
+# not let them open new ones for longer than that.
+MAX_USER_CACHE_SECONDS = 5.0
 
 
 class SettingsError(Exception):
@@ -61,6 +65,10 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     log_level: str = "info"
+    # "uvloop" needs the uvloop package, which requirements.txt does not install.
+    event_loop: str = "asyncio"
+    # Seconds a handshake may reuse an earlier lookup of an active user; 0 looks up every time.
+    user_cache_seconds: float = 0.0
 
     @property
     def database_name(self) -> str:
@@ -94,6 +102,11 @@ def load(environ=None, secret_key_file: Path = SECRET_KEY_FILE) -> Settings:
     values["ping_interval"] = _number(environ, "PING_INTERVAL", 20.0)
     values["ping_timeout"] = _ping_timeout(environ, "PING_TIMEOUT", values["ping_interval"])
     values["log_level"] = _choice(environ, "LOG_LEVEL", "info", LOG_LEVELS)
+    values["event_loop"] = _event_loop(environ, "EVENT_LOOP")
+    values["user_cache_seconds"] = _number(environ, "USER_CACHE_SECONDS", 0.0)
+    if values["user_cache_seconds"] > MAX_USER_CACHE_SECONDS:
+        raise SettingsError("USER_CACHE_SECONDS", f"a number of seconds from 0 to {MAX_USER_CACHE_SECONDS:g}",
+                            _raw(environ, "USER_CACHE_SECONDS"))
 
     secret_key = _optional_text(environ, "SECRET_KEY")
     if secret_key is None:
@@ -200,6 +213,16 @@ def _choice(environ, name, default, choices):
     if value.lower() not in choices:
         raise SettingsError(name, "one of " + ", ".join(choices), value)
     return value.lower()
+
+
+def _event_loop(environ, name):
+    loop = _choice(environ, name, "asyncio", EVENT_LOOPS)
+    if loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise SettingsError(name, "asyncio, or uvloop after `pip install uvloop`", _raw(environ, name)) from None
+    return loop
 
 
 def _mongodb_uri(environ, name, default):

@@ -10,6 +10,7 @@ from settings import Settings
 from taxi import api, database, logs
 from taxi.auth import Authenticator
 from taxi.groups import LocalGroups
+from taxi.heartbeat import Heartbeat
 from taxi.redis_groups import RedisGroups
 from taxi.socket_handler import TaxiSocket
 from taxi.sockets import OpenSockets
@@ -27,6 +28,8 @@ class Services:
     users: UserStore
     authenticator: Authenticator
     groups: LocalGroups
+    # Sends every socket's pings; `TaxiProtocol` adds and removes itself.
+    heartbeat: Heartbeat
     # Every open socket of this process, by user; `TaxiSocket` adds and removes itself.
     sockets: OpenSockets = dataclasses.field(default_factory=OpenSockets)
     watcher: InactiveUserWatcher | None = None
@@ -39,6 +42,7 @@ class Services:
 
     async def close(self) -> None:
         await self.watcher.close()
+        self.heartbeat.close()
         await self.groups.close()
         self.client.close()
 
@@ -55,8 +59,9 @@ def create_services(settings: Settings) -> Services:
         settings=settings,
         client=client,
         users=users,
-        authenticator=Authenticator(users, settings.secret_key, settings.jwt_leeway),
+        authenticator=Authenticator(users, settings.secret_key, settings.jwt_leeway, settings.user_cache_seconds),
         groups=groups,
+        heartbeat=Heartbeat(settings.ping_interval, settings.ping_timeout),
     )
 
 

@@ -20,16 +20,24 @@ class InvalidMessage(Exception):
         self.detail = detail
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every message: json.loads with a parse_constant builds a new
+# JSONDecoder per call, which took half the parse time of a small echo message.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(text: str | bytes):
     """Parse JSON text as browsers would: NaN and Infinity are rejected, not accepted as Python does.
 
     Raises ValueError for invalid JSON and RecursionError for nesting too deep to decode.
     """
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
+    if isinstance(text, (bytes, bytearray)):
+        # json.loads accepts UTF-8 bytes; the decoder object takes only text.
+        text = text.decode("utf-8")
+    return _DECODER.decode(text)
 
 
 def parse(text: str) -> dict:

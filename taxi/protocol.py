@@ -1,8 +1,8 @@
 """The WebSocket protocol as the `/taxi/` socket speaks it: close codes, UTF-8 checks, backlog.
 
 These are the places where the socket handler reaches below Tornado's public API.
-Both are pinned to Tornado 6.6.1 by tests: the close code 1007 tests and the slow
-consumer tests fail if an upgrade changes what they rely on.
+Each is pinned to Tornado 6.6.1 by tests: the close code 1007 tests, the slow consumer
+tests and the ping tests fail if an upgrade changes what they rely on.
 """
 
 import tornado.iostream
@@ -17,12 +17,22 @@ TEXT_OPCODE = 0x1
 
 
 class TaxiProtocol(tornado.websocket.WebSocketProtocol13):
-    """Tornado's RFC 6455 protocol, with a close code for text that is not UTF-8.
+    """Tornado's RFC 6455 protocol, with a close code for text that is not UTF-8, and pings from `Heartbeat`.
 
     Tornado 6.6.1 drops the connection without a close frame when a text message is
     not valid UTF-8. This class closes it with 1007 instead, the code that RFC 6455
     section 7.4.1 assigns to non-UTF-8 data in a text message.
     """
+
+    def start_pinging(self) -> None:
+        # NOTE: replaces Tornado 6.6.1's task per socket (checked against 6.6.1); the
+        # process-wide heartbeat sends the pings with the same interval and timeout.
+        if self.ping_interval > 0:
+            self.handler.services.heartbeat.add(self)
+
+    def close(self, code=None, reason=None) -> None:
+        self.handler.services.heartbeat.discard(self)
+        super().close(code, reason)
 
     def _handle_message(self, opcode, data):
         # NOTE: overrides a private Tornado method (checked against 6.6.1). Compression

@@ -154,8 +154,6 @@ class TaxiSocket(TaxiHandlerMixin, tornado.websocket.WebSocketHandler):
         self.state = SocketState.OPEN
         # Kept because `close()` sets `ws_connection` to None, and `abort` still needs the stream.
         self.stream = self.ws_connection.stream
-        settings = self.services.settings
-        self.rate_limiter = MessageRateLimiter(settings.max_messages_per_second, settings.message_burst)
         self.schedule_expiry()
         self.services.sockets.add(self)
         self.services.watcher.ensure_running()
@@ -195,7 +193,7 @@ class TaxiSocket(TaxiHandlerMixin, tornado.websocket.WebSocketHandler):
             logger.info("Closing socket of user %s: it sent a binary frame", self.user.id)
             self.close_with(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
             return None
-        verdict = self.rate_limiter.check()
+        verdict = self.check_rate()
         if verdict is Verdict.REJECT:
             settings = self.services.settings
             detail = RATE_LIMITED_DETAIL.format(rate=settings.max_messages_per_second, burst=settings.message_burst)
@@ -211,6 +209,16 @@ class TaxiSocket(TaxiHandlerMixin, tornado.websocket.WebSocketHandler):
         except messages.InvalidMessage as invalid:
             self.send_message(messages.error(invalid.code, invalid.detail))
             return None
+
+    def check_rate(self) -> Verdict:
+        settings = self.services.settings
+        if not settings.max_messages_per_second:
+            return Verdict.ACCEPT
+        if self.rate_limiter is None:
+            # Made at the first message rather than at open, so that idle sockets do not
+            # carry it; its bucket starts full either way.
+            self.rate_limiter = MessageRateLimiter(settings.max_messages_per_second, settings.message_burst)
+        return self.rate_limiter.check()
 
     def handle_message(self, text: str):
         message = messages.parse(text)

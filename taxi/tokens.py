@@ -73,7 +73,6 @@ def decode(token: object, secret_key: str, token_type: str, leeway: int) -> Clai
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken(f"token is longer than {MAX_TOKEN_LENGTH} characters")
 
-    _check_algorithm(token)
     try:
         payload = jwt.decode(
             token,
@@ -82,14 +81,11 @@ def decode(token: object, secret_key: str, token_type: str, leeway: int) -> Clai
             leeway=leeway,
             options={"require": list(REQUIRED_CLAIMS)},
         )
-    except jwt.ExpiredSignatureError:
-        raise InvalidToken("token has expired", *_unverified_ids(token)) from None
-    except jwt.InvalidSignatureError:
-        raise InvalidToken("token signature does not match", *_unverified_ids(token)) from None
-    except jwt.ImmatureSignatureError:
-        raise InvalidToken("token is issued in the future (check clock skew and JWT_LEEWAY)") from None
     except jwt.InvalidTokenError as error:
-        raise InvalidToken(f"token is malformed: {error}") from None
+        # PyJWT rejects a header naming another algorithm before anything else, so the
+        # header is parsed a second time only for a rejected token, to log the reason.
+        _check_algorithm(token)
+        raise _rejection(token, error) from None
 
     claims = _claims_from_payload(payload)
     if claims.token_type != token_type:
@@ -98,8 +94,19 @@ def decode(token: object, secret_key: str, token_type: str, leeway: int) -> Clai
     return claims
 
 
+def _rejection(token: str, error: jwt.InvalidTokenError) -> InvalidToken:
+    """Return the `InvalidToken` whose reason explains, for the log, why PyJWT rejected `token`."""
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return InvalidToken("token has expired", *_unverified_ids(token))
+    if isinstance(error, jwt.InvalidSignatureError):
+        return InvalidToken("token signature does not match", *_unverified_ids(token))
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return InvalidToken("token is issued in the future (check clock skew and JWT_LEEWAY)")
+    return InvalidToken(f"token is malformed: {error}")
+
+
 def _check_algorithm(token: str) -> None:
-    # PyJWT would reject these too, since only HS256 is passed to it; checking first gives
+    # PyJWT has already rejected the token, since only HS256 is passed to it; this gives
     # the log a precise reason for "alg: none" and key-confusion attempts.
     try:
         header = jwt.get_unverified_header(token)

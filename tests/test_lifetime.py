@@ -14,12 +14,14 @@ from conftest import (
     SECRET_KEY,
     connect,
     create_user,
+    handshake_status,
     receive_json,
     send_json,
     wait_closed,
     wait_until,
 )
-from taxi import tokens
+from taxi import auth, tokens
+from taxi.users import User
 from taxi.watcher import InactiveUserWatcher
 
 # With no leeway a token's socket closes right at `exp`, which keeps these tests short.
@@ -227,3 +229,77 @@ async def test_watcher_survives_database_errors(services, caplog):
     assert await watcher.check_once() == 0
     assert fake.closed_with is None
     assert sum("MongoDB is not responding" in record.getMessage() for record in caplog.records) == 1
+
+
+# The user cache (USER_CACHE_SECONDS)
+
+CACHED = pytest.mark.parametrize("environment", [{"USER_CACHE_SECONDS": "1"}], indirect=True,
+                                 ids=["USER_CACHE_SECONDS=1"])
+
+
+@CACHED
+async def test_cached_user_deactivated_is_closed_then_refused(services, port, sockets):
+    user, access = await create_user(services)
+    socket = await connect(port, access, sockets=sockets)
+
+    await services.users.collection.update_one({"_id": ObjectId(user.id)}, {"$set": {"is_active": False}})
+
+    assert await wait_closed(socket, 10) == 4003
+    # Once the cached lookup has expired, new handshakes are refused.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    status = await handshake_status(port, access)
+    while status != 401 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+        status = await handshake_status(port, access)
+    assert status == 401
+
+
+@CACHED
+async def test_inactive_user_is_not_cached(services, port, sockets):
+    user, access = await create_user(services, is_active=False)
+    assert await handshake_status(port, access) == 401
+
+    await services.users.collection.update_one({"_id": ObjectId(user.id)}, {"$set": {"is_active": True}})
+
+    assert await handshake_status(port, access) == 101
+
+
+class CountingStore:
+    """A user store that counts lookups and returns whatever `user` is set to."""
+
+    def __init__(self, user):
+        self.user = user
+        self.lookups = 0
+
+    async def get(self, user_id):
+        self.lookups += 1
+        return self.user
+
+
+def test_user_cache_reuses_a_lookup_until_it_expires(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    user = User("a" * 24, "ann", "Ann", "Lee", "rider", True, None)
+    store = CountingStore(user)
+    authenticator = auth.Authenticator(store, SECRET_KEY, leeway=0, user_cache_seconds=2)
+
+    assert asyncio.run(authenticator.load_user(user.id)) is user
+    now[0] += 1.9
+    assert asyncio.run(authenticator.load_user(user.id)) is user
+    assert store.lookups == 1
+
+    now[0] += 0.2
+    asyncio.run(authenticator.load_user(user.id))
+    assert store.lookups == 2
+
+
+def test_user_cache_off_looks_up_every_time():
+    user = User("a" * 24, "ann", "Ann", "Lee", "rider", True, None)
+    store = CountingStore(user)
+    authenticator = auth.Authenticator(store, SECRET_KEY, leeway=0)
+
+    asyncio.run(authenticator.load_user(user.id))
+    asyncio.run(authenticator.load_user(user.id))
+
+    assert store.lookups == 2

@@ -33,6 +33,8 @@ def test_defaults(tmp_path):
     assert settings.max_message_size == 65536
     assert settings.max_send_backlog == 1048576
     assert settings.log_level == "info"
+    assert settings.event_loop == "asyncio"
+    assert settings.user_cache_seconds == 0
 
 
 def test_values_are_parsed(tmp_path):
@@ -48,6 +50,7 @@ def test_values_are_parsed(tmp_path):
         API_KEY="publisher",
         ALLOWED_ORIGINS="https://app.example, http://localhost:3000",
         LOG_LEVEL="DEBUG",
+        USER_CACHE_SECONDS="2.5",
     )
     assert settings.port == 9000
     assert settings.database_name == "rides"
@@ -55,6 +58,7 @@ def test_values_are_parsed(tmp_path):
     assert settings.jwt_leeway == 0
     assert settings.allowed_origins == ("https://app.example:443", "http://localhost:3000")
     assert settings.log_level == "debug"
+    assert settings.user_cache_seconds == 2.5
 
 
 @pytest.mark.parametrize("variable, value", [
@@ -72,6 +76,9 @@ def test_values_are_parsed(tmp_path):
     ("MAX_MESSAGE_SIZE", "0"),
     ("MAX_SEND_BACKLOG", "lots"),
     ("LOG_LEVEL", "verbose"),
+    ("EVENT_LOOP", "trio"),
+    ("USER_CACHE_SECONDS", "-1"),
+    ("USER_CACHE_SECONDS", "6"),
     ("SECRET_KEY", "short"),
 ])
 def test_invalid_value_names_the_variable(tmp_path, variable, value):
@@ -80,6 +87,20 @@ def test_invalid_value_names_the_variable(tmp_path, variable, value):
         load(tmp_path, **variables)
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: expected ")
+
+
+def test_uvloop_is_accepted_when_installed(tmp_path):
+    pytest.importorskip("uvloop")
+    assert load(tmp_path, SECRET_KEY=KEY, EVENT_LOOP="UVLOOP").event_loop == "uvloop"
+
+
+def test_uvloop_without_the_package_is_rejected(tmp_path, monkeypatch):
+    # A None entry in sys.modules makes `import uvloop` raise ImportError.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    with pytest.raises(settings_module.SettingsError) as caught:
+        load(tmp_path, SECRET_KEY=KEY, EVENT_LOOP="uvloop")
+    assert caught.value.variable == "EVENT_LOOP"
+    assert "pip install uvloop" in str(caught.value)
 
 
 def test_short_secret_key_is_not_echoed(tmp_path):
