@@ -1,13 +1,14 @@
 """The HTTP API: sign up, log in, refresh, health checks and server-side group sends.
 
-Requests and responses are JSON. Field errors answer 400 `{field: [message, ...]}`;
-every other error answers `{"detail": message}`.
+Requests and responses are JSON. Field errors return 400 `{field: [message, ...]}`,
+and every other error returns `{"detail": message}`.
 """
 
 import asyncio
 import hmac
 import json
 import logging
+from typing import NoReturn
 
 import tornado.web
 
@@ -62,7 +63,7 @@ class ApiHandler(TaxiHandlerMixin, tornado.web.RequestHandler):
         if self._body_size <= self.body_limit:
             self._chunks.append(chunk)
         else:
-            # A chunked body has no declared length; drop it and answer 413 once it ends.
+            # A chunked body has no declared length, so drop it and respond 413 once it ends.
             self._chunks.clear()
 
     def body_too_large(self) -> ClientError:
@@ -135,11 +136,12 @@ class LogInHandler(ApiHandler):
 
         user = await self.services.users.find_by_username(username)
         password_matches = await passwords.verify_password(user.password_hash if user else None, password)
-        if user is None or not password_matches or not user.is_active:
-            why = "unknown user" if user is None else "wrong password" if not password_matches else "inactive user"
-            logger.warning("Log-in failed from %s: %s", self.request.remote_ip,
-                           why if user is None else f"{why} (user {user.id})")
-            raise ClientError(401, LOG_IN_FAILED)
+        if user is None:
+            self.reject_log_in("unknown user")
+        if not password_matches:
+            self.reject_log_in(f"wrong password (user {user.id})")
+        if not user.is_active:
+            self.reject_log_in(f"inactive user (user {user.id})")
 
         settings = self.services.settings
         logger.info("User %s logged in", user.id)
@@ -147,6 +149,12 @@ class LogInHandler(ApiHandler):
             "access": tokens.mint(settings.secret_key, tokens.ACCESS, user.id, settings.access_token_lifetime),
             "refresh": tokens.mint(settings.secret_key, tokens.REFRESH, user.id, settings.refresh_token_lifetime),
         })
+
+
+    def reject_log_in(self, reason: str) -> NoReturn:
+        """Log why a log-in failed and raise the one 401 that all failures share."""
+        logger.warning("Log-in failed from %s: %s", self.request.remote_ip, reason)
+        raise ClientError(401, LOG_IN_FAILED)
 
 
 class RefreshHandler(ApiHandler):

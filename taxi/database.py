@@ -15,7 +15,7 @@ SOCKET_TIMEOUT_MS = 5000
 # password hashes in the log; its other loggers carry no document contents.
 logging.getLogger("pymongo.command").setLevel(logging.INFO)
 
-# Errors that mean the server could not be reached or did not answer in time, as
+# Errors that mean the server could not be reached or did not respond in time, as
 # opposed to errors in what was asked of it (duplicate keys, bad queries).
 UNAVAILABLE_ERRORS = (
     pymongo.errors.ConnectionFailure,  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
@@ -25,7 +25,7 @@ UNAVAILABLE_ERRORS = (
 
 
 class DatabaseUnavailable(Exception):
-    """MongoDB did not answer in time; the request may be retried later."""
+    """MongoDB did not respond in time; the request may be retried later."""
 
 
 def connect(uri: str) -> AsyncIOMotorClient:

@@ -117,7 +117,7 @@ class TaxiSocket(TaxiHandlerMixin, tornado.websocket.WebSocketHandler):
                            "MAX_SOCKETS_PER_USER is %d", self.user.id, self.request.remote_ip, count, limit)
             raise ClientError(429, TOO_MANY_SOCKETS_DETAIL.format(count=count))
 
-        # Tornado makes the same check after `prepare`, but answers it in plain text.
+        # Tornado makes the same check after `prepare`, but responds in plain text.
         connection = self.request.headers.get("Connection", "").lower()
         if self.request.headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
             raise ClientError(400, NOT_AN_UPGRADE_DETAIL)

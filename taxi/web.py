@@ -1,4 +1,4 @@
-"""What every taxi request handler shares: JSON errors and logs without secrets."""
+"""Behaviour shared by every taxi request handler: JSON errors and logs without secrets."""
 
 import http
 import json
@@ -35,7 +35,7 @@ class TaxiHandlerMixin:
             if error.log_message:
                 logger.warning("%d %s: %s", error.status_code, self._request_summary(), error.log_message)
             return
-        # Tornado's version also prints repr(request), which holds the URI.
+        # Tornado's version also prints repr(request), which contains the URI.
         logger.error("Uncaught exception in %s", self._request_summary(), exc_info=(error_type, error, traceback))
 
     def write_error(self, status_code: int, **kwargs) -> None:
@@ -56,7 +56,7 @@ class TaxiHandlerMixin:
 
 
 class NotFoundHandler(TaxiHandlerMixin, tornado.web.RequestHandler):
-    """Answers paths that match no route with a JSON 404."""
+    """Respond with a JSON 404 to paths that match no route."""
 
     def prepare(self):
         raise ClientError(404, "Not found.")

@@ -202,6 +202,15 @@ async def send_numbered(services, number):
     await services.groups.group_send("test", {"type": "group.message", "data": {"n": number, "pad": MESSAGE_PADDING}})
 
 
+async def send_until_slow_consumer_closed(services):
+    """Send numbered group messages until the server closes a slow consumer, or MAX_GROUP_SENDS."""
+    sent = 0
+    while services.counters["slow_consumers_closed"] == 0 and sent < MAX_GROUP_SENDS:
+        await send_numbered(services, sent)
+        sent += 1
+    return sent
+
+
 async def read_numbers(socket, received):
     """Append the `n` of every group message on `socket` to `received`, until cancelled."""
     while True:
@@ -246,11 +255,8 @@ async def test_slow_consumer_gets_1008_when_it_reads_again(services, port):
     _, access = await create_user(services)
     slow = await raw_connect(port, access, receive_buffer=4096)
     await wait_until(lambda: len(services.groups.members("test")) == 1)
-    sent = 0
     try:
-        while services.counters["slow_consumers_closed"] == 0 and sent < MAX_GROUP_SENDS:
-            await send_numbered(services, sent)
-            sent += 1
+        await send_until_slow_consumer_closed(services)
         # Reading everything now reaches the close frame before the server gives up waiting.
         assert await slow.wait_closed(timeout=10) == 1008
     finally:
@@ -263,11 +269,8 @@ async def test_silent_slow_consumer_is_dropped(services, port):
     _, access = await create_user(services)
     slow = await raw_connect(port, access, receive_buffer=4096)
     await wait_until(lambda: len(services.groups.members("test")) == 1)
-    sent = 0
     try:
-        while services.counters["slow_consumers_closed"] == 0 and sent < MAX_GROUP_SENDS:
-            await send_numbered(services, sent)
-            sent += 1
+        await send_until_slow_consumer_closed(services)
         # The close frame sits behind the backlog the client never reads; the server drops the connection.
         await wait_until(lambda: not services.sockets, timeout=10)
         await wait_until(lambda: not services.groups.group_names())
